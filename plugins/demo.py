@@ -1,0 +1,72 @@
+"""The ``vlplugins demo`` runner: each plugin trains briefly on the shapes world against its baseline.
+
+Each plugin contributes ``vlplugins.<plugin>.demo.run_demo(workdir: pathlib.Path) -> list[DemoRow]``: build
+tiny models from ``hub_configs/``, train the plugin and its baseline with the same budget and seed, evaluate
+both, save and reload the plugin with ``from_pretrained``, and return result rows. The runner prints one table.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+DEMO_MODULES = (
+    ("hyperbolic_blip2", "vlplugins.hyperbolic_blip2.demo"),
+    ("creal", "vlplugins.creal.demo"),
+    ("hyperalign", "vlplugins.hyperalign.demo"),
+    ("contrastive_attention", "vlplugins.contrastive_attention.demo"),
+)
+
+
+@dataclass
+class DemoRow:
+    """One line of the demo table."""
+
+    plugin: str
+    metric: str
+    plugin_value: float
+    baseline_value: Optional[float]
+    seconds: float
+
+
+def format_table(rows: list[DemoRow]) -> str:
+    """Fixed-width text table of ``rows``."""
+    header = ("plugin", "metric", "plugin", "baseline", "seconds")
+    cells = [header] + [
+        (r.plugin, r.metric, f"{r.plugin_value:.4f}",
+         "-" if r.baseline_value is None else f"{r.baseline_value:.4f}", f"{r.seconds:.1f}")
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(header))) for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(workdir: Path, only: Optional[list[str]] = None) -> list[DemoRow]:
+    """Run every available plugin demo (or those named in ``only``) and return all rows."""
+    from tqdm.auto import tqdm
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    selected = [(n, m) for n, m in DEMO_MODULES if not only or n in only]
+    rows: list[DemoRow] = []
+    bar = tqdm(selected, desc="vlplugins demo", unit="plugin")
+    for name, module_name in bar:
+        bar.set_postfix_str(name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:  # plugin not built yet: no row
+                continue
+            raise
+        start = time.perf_counter()
+        plugin_rows = module.run_demo(workdir / name)
+        elapsed = time.perf_counter() - start
+        for row in plugin_rows:
+            if row.seconds <= 0:
+                row.seconds = elapsed
+        rows.extend(plugin_rows)
+    return rows
