@@ -132,7 +132,7 @@ def exp_map0_distance(v: torch.Tensor, c: Curvature = 1.0, *, out_dtype=None) ->
     Returns:
         ``(...)`` distances.
     """
-    return torch.minimum(norm(v, 0.0).squeeze(-1), _SINH_MAX / c.sqrt())
+    return torch.minimum(norm(v, min_norm_for(v.dtype)).squeeze(-1), _SINH_MAX / c.sqrt())
 
 
 @hyperbolic_op(1)
@@ -251,6 +251,9 @@ def oxy_angle(x: torch.Tensor, y: torch.Tensor, c: Curvature = 1.0, *, out_dtype
     num = yt + z * xt
     # z^2 - 1 = sinh^2(d) vanishes at x == y; the floor keeps sqrt and the division finite there
     # (the angle is then undefined and the clamp below returns a bounded value).
-    den = norm(x, mn).squeeze(-1) * (z * z - 1).clamp_min(eps).sqrt()
+    # The angle at the vertex itself is undefined and its gradient grows like 1/|x|: flooring sqrt(c)|x| at 1e-4
+    # (far inside the min-radius ball, where cones are not used) bounds it by ~1e4, finite even in fp16.
+    xn = torch.maximum(norm(x, mn).squeeze(-1), 1e-4 / c.sqrt())
+    den = xn * (z * z - 1).clamp_min(eps).sqrt()
     # acos is only defined on [-1, 1] and has infinite gradients at ±1.
     return torch.acos((num / den).clamp(-1.0 + eps, 1.0 - eps))

@@ -207,7 +207,8 @@ def dist0(x: torch.Tensor, c: Curvature = 1.0, *, out_dtype=None) -> torch.Tenso
         ``(...)`` radii.
     """
     sc = c.sqrt()
-    return 2.0 / sc * _artanh(sc * norm(x, 0.0).squeeze(-1), out_dtype)
+    # The min-norm floor keeps the gradient of the norm finite at the origin (radius ~1e-15 there).
+    return 2.0 / sc * _artanh(sc * norm(x, min_norm_for(x.dtype)).squeeze(-1), out_dtype)
 
 
 @hyperbolic_op(1)
@@ -226,7 +227,7 @@ def expmap0_radius(v: torch.Tensor, c: Curvature = 1.0, *, out_dtype=None) -> to
         ``(...)`` radii ``2 |v|``.
     """
     del c  # the radius of exp^c_0(v) is 2|v| for every c > 0 (see docstring)
-    return 2.0 * norm(v, 0.0).squeeze(-1)
+    return 2.0 * norm(v, min_norm_for(v.dtype)).squeeze(-1)  # floor: finite gradient at v = 0
 
 
 @hyperbolic_op(1)

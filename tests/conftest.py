@@ -1,0 +1,14 @@
+"""Test-session setup: everything offline, small hypothesis budgets, a per-session fixture cache."""
+
+import os
+
+# Must be set before huggingface_hub / transformers are imported anywhere: no test may touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("vlplugins", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("vlplugins")
