@@ -112,7 +112,9 @@ def exp_map0(v: torch.Tensor, c: Curvature = 1.0, *, out_dtype=None) -> torch.Te
     # Upper clamp: sinh(11.09) = 2^15 keeps every later |x|^2 finite (MERU). Lower clamp is
     # implied by the min-norm floor of `norm`, which avoids 0/0 at the origin.
     out = torch.sinh(r.clamp_max(_SINH_MAX)) * v / r
-    # fp16 cannot hold 2^15/sqrt(c) for c < 0.25; cap the norm so the cast stays finite.
+    if out_dtype != torch.float16:
+        return out
+    # fp16 cannot hold 2^15/sqrt(c) for c < 0.25 (nor its square): cap the norm so the cast stays finite.
     cap = max_finite_norm(out_dtype)
     n = norm(out, min_norm_for(out.dtype))
     return torch.where(n > cap, out / n * cap, out)
