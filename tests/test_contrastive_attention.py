@@ -26,7 +26,15 @@ from vlplugins.hub import build_from_preset
 IMAGE_TOKEN = 32000
 PAD = 32001
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny matrices: one intra-op thread is faster than two spinning on a shared 2-core CI box; restored after
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------------------------------------- fixtures / inputs
@@ -205,6 +213,7 @@ def test_push_to_hub_uploads_config_and_custom_generate(monkeypatch):
         root = pathlib.Path(folder_path)
         recorded["files"] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
         recorded["config"] = json.loads((root / "config.json").read_text())
+        recorded["readme"] = (root / "README.md").read_text()
         return "commit-url"
 
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
@@ -215,6 +224,8 @@ def test_push_to_hub_uploads_config_and_custom_generate(monkeypatch):
     assert recorded["files"] == ["README.md", "config.json", "custom_generate/generate.py",
                                  "custom_generate/requirements.txt"]
     assert recorded["config"]["post_integration_layer"] == 28 and recorded["config"]["review_layer"] == 29
+    assert 'custom_generate="user/llava15-contrastive-attention"' in recorded["readme"]
+    assert 'from_pretrained("llava-hf/llava-1.5-7b-hf")' in recorded["readme"]
 
 
 @pytest.mark.parametrize("fields, argument", [
@@ -472,3 +483,74 @@ def test_pre_layer_fixed_and_head_max():
             model(**inputs)
         assert h.last["i_star"].tolist() == i_stars
         assert torch.equal(h.last["suppressed"], torch.from_numpy(suppressed))
+
+
+def test_static_cache_and_num_return_sequences():
+    model = model_for("tiny-llava")
+    cfg = config_for("tiny-llava")
+    inputs = llava_inputs(seeds=(18, 19), text_lens=(2, 4))
+    with torch.no_grad(), enable_contrastive_attention(model, cfg) as h:
+        dynamic = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        suppressed = h.last["suppressed"].clone()
+        static = model.generate(**inputs, max_new_tokens=4, do_sample=False, cache_implementation="static")
+        assert torch.equal(h.last["suppressed"], suppressed)
+        torch.manual_seed(0)
+        multi = model.generate(**inputs, max_new_tokens=4, do_sample=True, num_return_sequences=2)
+        assert torch.equal(h.last["suppressed"], suppressed.repeat_interleave(2, dim=0))
+    assert torch.equal(static, dynamic)
+    assert multi.shape[0] == 4
+
+
+def test_pipeline_accepts_the_processor():
+    """image-text-to-text pipeline with a tiny offline word-level tokenizer (ids t0..t32063, <image> = 32000)."""
+    from PIL import Image
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast, pipeline
+
+    vocab = {f"t{i}": i for i in range(32064)}
+    for word, i in {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": IMAGE_TOKEN, "<pad>": PAD}.items():
+        del vocab[f"t{i}"]
+        vocab[word] = i
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>",
+                                        eos_token="</s>", pad_token="<pad>",
+                                        extra_special_tokens={"image_token": "<image>"})
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               image_token="<image>")
+    model = model_for("tiny-llava")
+    cfg = config_for("tiny-llava")
+    image = Image.fromarray((np.random.default_rng(1).random((48, 48, 3)) * 255).astype("uint8"))
+    text = "<image> t5 t77 t901 t3"
+    inputs = processor(images=image, text=text, return_tensors="pt")
+    assert int((inputs["input_ids"] == IMAGE_TOKEN).sum()) == 36
+    with torch.no_grad(), enable_contrastive_attention(model, cfg) as h:
+        ids = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        expected_suppressed = h.last["suppressed"].clone()
+    expected = tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:])
+    ca = ContrastiveAttentionProcessor(model, cfg)
+    out = pipeline("image-text-to-text", model=model, processor=processor)(
+        images=image, text=text, return_full_text=False,
+        generate_kwargs={"max_new_tokens": 5, "do_sample": False, "logits_processor": [ca]})
+    assert out[0]["generated_text"].strip() == expected.strip() and len(expected.split()) == 5
+    assert ca.num_calls == 1 and torch.equal(ca.last["suppressed"], expected_suppressed)
+    ca.remove()
+    assert model.config.text_config._attn_implementation == "sdpa"
+
+
+def test_blocked_key_copy_gives_the_same_rows(monkeypatch):
+    import vlplugins.contrastive_attention.hooks as hooks
+
+    cfg = config_for("tiny-llava")
+    inputs = llava_inputs(seeds=(20, 21), text_lens=(3, 5))
+    _, _, suppressed, ref_maps = reference_scale(model_for("tiny-llava", "eager"), inputs, cfg)
+    # 2 rows x 2 kv heads x 16 dims x 4 bytes x 5 tokens: the probe row is built from 9 key blocks of 5 tokens
+    monkeypatch.setattr(hooks, "_BLOCK_BYTES", 2 * 2 * 16 * 4 * 5)
+    model = model_for("tiny-llava")
+    with torch.no_grad(), enable_contrastive_attention(model, cfg) as h:
+        model(**inputs)
+    for layer, ref in ref_maps.items():
+        np.testing.assert_allclose(h.last["maps"][layer].double().numpy(), ref, atol=2e-6, rtol=0)
+    assert torch.equal(h.last["suppressed"], torch.from_numpy(suppressed))

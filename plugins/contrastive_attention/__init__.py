@@ -10,6 +10,7 @@ Layer indices are 0-based decoder-layer indices (transformers ``layer_idx``).
 
 from vlplugins.hub import register_auto
 
+from .analysis import LayerAnalysis, analyze_layers
 from .configuration import ContrastiveAttentionConfig
 from .generate import ContrastiveAttentionProcessor, enable_contrastive_attention, generate
 from .hooks import ContrastiveAttentionHandle
@@ -17,6 +18,8 @@ from .hooks import ContrastiveAttentionHandle
 register_auto(ContrastiveAttentionConfig)
 
 __all__ = [
+    "LayerAnalysis",
+    "analyze_layers",
     "ContrastiveAttentionConfig",
     "ContrastiveAttentionHandle",
     "ContrastiveAttentionProcessor",

@@ -187,7 +187,7 @@ class ContrastiveAttentionConfig(PreTrainedConfig):
         super().save_pretrained(save_directory)
         from .hub_folder import write_custom_generate_folder
 
-        write_custom_generate_folder(self, save_directory)
+        write_custom_generate_folder(self, save_directory, repo_id=kwargs.get("repo_id"))
 
     def push_to_hub(self, repo_id: str, *, private: Optional[bool] = None, token=None,
                     revision: Optional[str] = None, commit_message: Optional[str] = None,
@@ -195,6 +195,7 @@ class ContrastiveAttentionConfig(PreTrainedConfig):
         """Upload config + ``custom_generate/`` + model card to ``repo_id`` (created if missing)."""
         from vlplugins.hub.checkpoint import push_folder_to_hub
 
-        return push_folder_to_hub(self.save_pretrained, repo_id, private=private, token=token, revision=revision,
+        return push_folder_to_hub(lambda folder: self.save_pretrained(folder, repo_id=repo_id), repo_id,
+                                  private=private, token=token, revision=revision,
                                   commit_message=commit_message or "Upload contrastive-attention config",
                                   create_pr=create_pr)

@@ -37,6 +37,7 @@ ATTN_PREFIX = "contrastive_attention_"
 SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
 _STATE_ATTR = "_contrastive_attention_state"
 _HANDLE_ATTR = "_contrastive_attention_handle"
+_BLOCK_BYTES = 32 * 2 ** 20  # float32 key block of the probe row (see ContrastiveAttentionState.capture)
 
 
 # ---------------------------------------------------------------------------------------------- attention functions
@@ -134,8 +135,8 @@ def contrastive_scale(maps: dict[int, torch.Tensor], image_mask: torch.Tensor, c
 
     Returns:
         dict with ``i_star`` (batch,) long layer indices, ``hellinger`` (batch, |C|), ``ia`` (batch, seq) float32
-        (0 off the image), ``threshold`` (batch,) float64 ρ-quantile of each row's IA (:func:`rho_quantile`), ``suppressed`` (batch, seq)
-        bool, ``scale`` (batch, seq) float32 (λ at suppressed image tokens, 1 elsewhere).
+        (0 off the image), ``threshold`` (batch,) float64 ρ-quantile of each row's IA (:func:`rho_quantile`),
+        ``suppressed`` (batch, seq) bool, ``scale`` (batch, seq) float32 (λ at suppressed image tokens, 1 elsewhere).
     """
     k = config.post_integration_layer
     candidates = [config.pre_layer] if config.pre_layer is not None else list(config.candidate_layers)
@@ -185,6 +186,7 @@ class ContrastiveAttentionState:
         self.key_valid = None
         self.past_length = 0
         self.maps: dict[int, torch.Tensor] = {}
+        self._bias: dict[int, torch.Tensor] = {}
 
     def begin(self, image_mask: torch.Tensor, attention_mask: Optional[torch.Tensor], past_length: int) -> None:
         """Arm for a prefill chunk.
@@ -232,11 +234,19 @@ class ContrastiveAttentionState:
         q = query[rows, :, self.query_index].float()  # (batch, heads, head_dim)
         # GQA without repeat_kv: group the query heads by their key head
         q = q.reshape(batch, kv_heads, heads // kv_heads, head_dim)
-        scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(batch, heads, kv_len) * scaling
-        valid = torch.zeros(batch, kv_len, dtype=torch.bool, device=query.device)
-        n = min(kv_len, self.key_valid.shape[1])
-        valid[:, :n] = self.key_valid[:, :n]
-        scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+        # float32 scores; the float32 copy of the keys is made in blocks of at most _BLOCK_BYTES so this probe never
+        # needs more than a few MiB beyond the (batch, heads, kv_len) row (peak memory stays the model's own)
+        block = max(1, _BLOCK_BYTES // (batch * kv_heads * head_dim * 4))
+        scores = torch.cat([torch.matmul(q, key[:, :, j:j + block].float().transpose(-1, -2))
+                            for j in range(0, kv_len, block)], dim=-1).reshape(batch, heads, kv_len) * scaling
+        bias = self._bias.get(kv_len)
+        if bias is None:  # additive mask, built once per prefill (static caches have kv_len > past + seq)
+            valid = torch.zeros(batch, kv_len, dtype=torch.bool, device=query.device)
+            n = min(kv_len, self.key_valid.shape[1])
+            valid[:, :n] = self.key_valid[:, :n]
+            bias = torch.zeros(batch, 1, kv_len, device=query.device).masked_fill_(~valid[:, None, :], float("-inf"))
+            self._bias[kv_len] = bias
+        scores = scores + bias
         weights = torch.softmax(scores, dim=-1)  # (batch, heads, kv_len), float32
         if self.config.head_reduction == "mean":
             reduced = weights.mean(1)
@@ -248,7 +258,7 @@ class ContrastiveAttentionState:
 
     def finish(self) -> torch.Tensor:
         """Compute i*, IA and the scale; disarm. Returns the (batch, seq) float32 scale."""
-        missing = sorted(self.probe_layers - set(self.maps))
+        missing = sorted(set(self.config.probe_layers) - set(self.maps))
         if missing:
             raise RuntimeError(f"contrastive attention: no attention captured at layers {missing} before the "
                                "review layer; was the attention implementation changed after enabling?")
@@ -291,9 +301,12 @@ class ContrastiveAttentionHandle:
         model: ``LlavaForConditionalGeneration`` or ``LlavaNextForConditionalGeneration`` whose text model uses
             ``"sdpa"`` or ``"eager"`` attention.
         config: the :class:`ContrastiveAttentionConfig`; validated against ``model``.
+        intervene: False installs only the capture (analysis): ``state.maps`` holds A(l) after a forward.
+        probe_layers: extra layers whose A(l) are captured (analysis).
     """
 
-    def __init__(self, model, config: ContrastiveAttentionConfig):
+    def __init__(self, model, config: ContrastiveAttentionConfig, *, intervene: bool = True,
+                 probe_layers: Optional[list] = None):
         if not isinstance(config, ContrastiveAttentionConfig):
             raise ValueError(f"config: expected a ContrastiveAttentionConfig, got {type(config).__name__}")
         config.validate(model)
@@ -308,19 +321,28 @@ class ContrastiveAttentionHandle:
         self.config = config
         self.previous_implementation = previous
         self.state = ContrastiveAttentionState(config)
+        if probe_layers is not None:  # analysis: capture more layers (and no intervention when intervene=False)
+            bad = [i for i in probe_layers if not 0 <= i < len(lm.layers)]
+            if bad:
+                raise ValueError(f"probe_layers: expected layers in [0, {len(lm.layers) - 1}], got {bad}")
+            self.state.probe_layers = frozenset(probe_layers) | self.state.probe_layers
         if previous == "eager":
             _eager_function(lm.layers[0].self_attn)  # fail now, not in the middle of generate
-        self._attn_modules = [lm.layers[i].self_attn for i in config.probe_layers]
+        self._attn_modules = [lm.layers[i].self_attn for i in sorted(self.state.probe_layers)]
         for module in self._attn_modules:
             setattr(module, _STATE_ATTR, self.state)
-        self._hooks = [
-            model.model.register_forward_pre_hook(self._backbone_pre_hook, with_kwargs=True),
-            lm.layers[config.review_layer].register_forward_pre_hook(self._review_pre_hook, with_kwargs=True),
-        ]
+        self._hooks = [model.model.register_forward_pre_hook(self._backbone_pre_hook, with_kwargs=True)]
+        if intervene:
+            self._hooks.append(lm.layers[config.review_layer].register_forward_pre_hook(self._review_pre_hook,
+                                                                                         with_kwargs=True))
         setattr(lm, _HANDLE_ATTR, self)
         self._lm = lm
-        model.set_attn_implementation({"text_config": ATTN_PREFIX + previous})
         self.removed = False
+        try:
+            model.set_attn_implementation({"text_config": ATTN_PREFIX + previous})
+        except Exception:
+            self.remove()  # leave the model exactly as it was
+            raise
 
     # hooks ---------------------------------------------------------------------------------------------------
     def _backbone_pre_hook(self, module, args, kwargs):
@@ -328,9 +350,16 @@ class ContrastiveAttentionHandle:
         inputs_embeds = kwargs.get("inputs_embeds")
         if input_ids is None and inputs_embeds is None:
             return None
-        image_mask = image_token_mask(self.model, input_ids, inputs_embeds)
         cache = kwargs.get("past_key_values")
         past = int(cache.get_seq_length()) if cache is not None else 0
+        seq = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if past > 0 and seq == 1:
+            # a decoding step (one new text token): nothing to do, the KV cache carries the effect; returning
+            # before looking at the ids avoids a device sync per generated token
+            if self.state.active:
+                self.state.reset()
+            return None
+        image_mask = image_token_mask(self.model, input_ids, inputs_embeds)
         has_image = image_mask.any(-1)
         if bool(has_image.any()):
             if not bool(has_image.all()):

@@ -44,8 +44,14 @@ CONFIG_FIELDS = ("post_integration_layer", "review_layer", "candidate_layers", "
                  "head_reduction", "query_position", "pre_layer")
 
 
-def write_custom_generate_folder(config, save_directory) -> None:
-    """Write ``custom_generate/generate.py``, ``custom_generate/requirements.txt`` and ``README.md``."""
+def write_custom_generate_folder(config, save_directory, repo_id=None) -> None:
+    """Write ``custom_generate/generate.py``, ``custom_generate/requirements.txt`` and ``README.md``.
+
+    Args:
+        config: the :class:`~.configuration.ContrastiveAttentionConfig`.
+        save_directory: target folder.
+        repo_id: Hub repo the folder is pushed to (used in the card's usage snippet; default: the folder name).
+    """
     from vlplugins.hub.cards import build_model_card, markdown_table
 
     root = Path(save_directory)
@@ -55,13 +61,19 @@ def write_custom_generate_folder(config, save_directory) -> None:
     text = GENERATE_TEMPLATE.replace("__CONFIG_JSON__", json.dumps(values, sort_keys=True))
     (folder / "generate.py").write_text(text, encoding="utf-8")
     (folder / "requirements.txt").write_text(REQUIREMENTS, encoding="utf-8")
+    name = repo_id or root.name
+    base = getattr(config, "base_model", None)
+    if not base or base.startswith("preset:"):
+        base = "llava-hf/llava-1.5-7b-hf"
+    model_cls = "LlavaNextForConditionalGeneration" if "v1.6" in base or "next" in base.lower() else \
+        "LlavaForConditionalGeneration"
     usage = (
-        "from transformers import LlavaForConditionalGeneration\n"
-        "model = LlavaForConditionalGeneration.from_pretrained(\"llava-hf/llava-1.5-7b-hf\")\n"
-        f"out = model.generate(**inputs, max_new_tokens=32, custom_generate=\"{root.name}\", trust_remote_code=True)\n"
+        f"from transformers import {model_cls}\n"
+        f"model = {model_cls}.from_pretrained(\"{base}\")\n"
+        f"out = model.generate(**inputs, max_new_tokens=32, custom_generate=\"{name}\", trust_remote_code=True)\n"
         "# or, without remote code:\n"
         "from vlplugins.contrastive_attention import ContrastiveAttentionConfig, enable_contrastive_attention\n"
-        f"cfg = ContrastiveAttentionConfig.from_pretrained(\"{root.name}\")\n"
+        f"cfg = ContrastiveAttentionConfig.from_pretrained(\"{name}\")\n"
         "with enable_contrastive_attention(model, cfg):\n"
         "    out = model.generate(**inputs, max_new_tokens=32)"
     )
