@@ -39,6 +39,9 @@ def register(subparsers) -> None:
     t.add_argument("--lambda-ent", type=float, default=1.0)
     t.add_argument("--entail-mode", default="score_weighted", choices=["score_weighted", "scaled_aperture", "meru"])
     t.add_argument("--learn-curv", action="store_true")
+    t.add_argument("--repeats", type=int, default=1,
+                   help="train on this many prompt-disjoint splits (seeds split-seed, split-seed+1, ...) and print "
+                        "the median/mean of the test metrics")
     t.add_argument("--device", default=None)
     t.set_defaults(func=_cmd_train)
 
@@ -104,42 +107,54 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from .evaluation import aggregate
+
+    records = _records(args)
+    seeds = [args.split_seed + r for r in range(args.repeats)]
+    runs = []
+    for seed in seeds:
+        out = Path(args.output) if len(seeds) == 1 else Path(args.output) / f"split_seed_{seed}"
+        runs.append(_train_one(args, records, seed, out))
+        print(json.dumps(runs[-1]))
+    if len(runs) > 1:
+        # the paper's protocol: repeated prompt-disjoint splits, aggregated by median and mean
+        print(json.dumps({"aggregate": aggregate([r["test"] for r in runs]), "seeds": seeds}))
+    return 0
+
+
+def _train_one(args, records, seed: int, out: Path) -> dict:
     import torch
 
-    from .data import prompt_disjoint_split
+    from .data import TRAIN_FRACTION, prompt_disjoint_split
     from .evaluation import correlation_metrics, scatter_plot
     from .modeling import HyperAlignModel
     from .training import encode_records, train_hyperalign
 
-    records = _records(args)
-    tr, te = _split(args, records)
+    tr, te = prompt_disjoint_split(records, TRAIN_FRACTION[args.dataset], seed=seed)
     train_all = [records[i] for i in tr]
-    a, b = prompt_disjoint_split(train_all, 0.8, seed=args.split_seed + 1)
+    a, b = prompt_disjoint_split(train_all, 0.8, seed=seed + 1)  # validation prompts disjoint from train
     train, val, test = [train_all[i] for i in a], [train_all[i] for i in b], [records[i] for i in te]
     kwargs = dict(lambda_ent=args.lambda_ent, entail_mode=args.entail_mode, learn_curv=args.learn_curv)
+    torch.manual_seed(seed)
     if args.open_clip:
         model = HyperAlignModel.from_open_clip(args.backbone, pretrained=args.open_clip_pretrained, **kwargs)
     else:
         model = HyperAlignModel.from_clip(args.backbone, **kwargs)
     model.to(_device(args.device))
     all_mos = [r["mos"] for r in records]
-    mos_range = (min(all_mos), max(all_mos))
     result = train_hyperalign(model, train, val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               scalar_lr=args.scalar_lr, weight_decay=args.weight_decay, patience=args.patience,
-                              seed=args.split_seed, mos_range=mos_range)
+                              seed=seed, mos_range=(min(all_mos), max(all_mos)))
     img, txt = encode_records(model, test)
     model.eval()
     with torch.no_grad():
         pred = model.head(img.to(model.device), txt.to(model.device)).scores.float().cpu().numpy()
     metrics = correlation_metrics(pred, [r["mos"] for r in test])
-    model.config.eval_table = [[f"{args.dataset} test (split seed {args.split_seed}) {k}", v]
-                               for k, v in metrics.items()]
-    out = Path(args.output)
+    model.config.eval_table = [[f"{args.dataset} test (split seed {seed}) {k}", v] for k, v in metrics.items()]
     model.save_pretrained(out)
     scatter_plot(pred, [r["mos"] for r in test], out / "scatter_test.png")
-    print(json.dumps({"best_val_srcc": result["best_srcc"], "steps": result["steps"], "test": metrics,
-                      "saved": str(out)}))
-    return 0
+    return {"split_seed": seed, "best_val_srcc": result["best_srcc"], "steps": result["steps"], "test": metrics,
+            "saved": str(out)}
 
 
 def _cmd_eval(args) -> int:

@@ -74,7 +74,7 @@ class HyperAlignConfig(PreTrainedConfig):
         image_std: Sequence[float] = CLIP_STD,
         max_text_length: int = 77,
         adapter_reduction: int = 4,
-        adapter_gate_init: float = -2.0,
+        adapter_gate_init: float = -4.0,
         alpha_max: float = 1.0,
         alpha_init: Optional[float] = None,
         curv_init: float = 1.0,
@@ -106,7 +106,8 @@ class HyperAlignConfig(PreTrainedConfig):
         if not (isinstance(lambda_ent, (int, float)) and lambda_ent >= 0):
             raise ValueError(f"lambda_ent: expected a number >= 0, got {lambda_ent!r}")
         if len(tuple(image_mean)) != 3 or len(tuple(image_std)) != 3 or min(image_std) <= 0:
-            raise ValueError(f"image_mean/image_std: expected 3 values each (std > 0), got {image_mean!r}, {image_std!r}")
+            raise ValueError(f"image_mean/image_std: expected 3 values each (std > 0), got {image_mean!r}, "
+                             f"{image_std!r}")
         if not regressor_hidden or min(int(w) for w in regressor_hidden) < 1:
             raise ValueError(f"regressor_hidden: expected positive widths, got {regressor_hidden!r}")
         self.backbone = backbone

@@ -63,7 +63,9 @@ def correlation_metrics(pred, mos) -> dict[str, float]:
     if x.std() == 0 or y.std() == 0:
         return {k: 0.0 for k in METRICS}
     fitted, _ = fit_logistic4(x, y)
-    plcc_fit = stats.pearsonr(fitted, y)[0] if fitted.std() > 0 else 0.0
+    # a degenerate fit (constant curve) carries no correlation information: fall back to the raw PLCC
+    degenerate = fitted.std() <= 1e-9 * (1 + abs(fitted.mean()))
+    plcc_fit = stats.pearsonr(x if degenerate else fitted, y)[0]
     return {
         "srcc": float(stats.spearmanr(x, y)[0]),
         "krcc": float(stats.kendalltau(x, y)[0]),

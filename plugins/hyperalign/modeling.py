@@ -38,6 +38,9 @@ PAPER_URL = "https://arxiv.org/abs/2601.04614"
 # Backbone reference resolved to vlplugins.data.pretrain.pretrained_tiny_clip() (deterministic, cached).
 PRETRAINED_TINY_CLIP = "vlplugins:pretrained-tiny-clip"
 PRESET_PREFIX = "preset:"
+# Serialises score() calls from reward functions run in a thread pool (trl's async_reward_computation): score()
+# toggles train/eval mode. Module-level rather than an attribute so models stay deep-copyable.
+_SCORE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -80,7 +83,7 @@ class GatedAdapter(nn.Module):
         gate_init: initial gate logit ``w_g`` (negative: starts near the identity).
     """
 
-    def __init__(self, dim: int, reduction: int = 4, gate_init: float = -2.0):
+    def __init__(self, dim: int, reduction: int = 4, gate_init: float = -4.0):
         super().__init__()
         hidden = max(1, dim // reduction)
         self.down = nn.Linear(dim, hidden)
@@ -205,7 +208,6 @@ class HyperAlignModel(HeadOnlyMixin, PreTrainedModel):
         # log-curvature (MERU); clamped to [c0/10, 10 c0] in curvature(); frozen unless learn_curv.
         self.log_curv = nn.Parameter(torch.tensor(math.log(config.curv_init)), requires_grad=config.learn_curv)
         self.regressor = ModulationRegressor(config.regressor_hidden, momentum=config.stats_momentum)
-        self._score_lock = threading.Lock()
         self.post_init()
 
     # ------------------------------------------------------------------ construction
@@ -346,7 +348,9 @@ class HyperAlignModel(HeadOnlyMixin, PreTrainedModel):
             d_l = lorentz.dist(x_txt, x_img, c)
             phi = lorentz.oxy_angle(x_txt, x_img, c)  # text is the apex (parent), image the child
             delta = lorentz.half_aperture(x_txt, c, min_radius=self.config.min_radius)
-            a, b, g = self.regressor(torch.stack([d_l, phi, delta], dim=-1))
+            # cast: a head loaded in fp16/bf16 keeps alpha_0 / log c in fp32, so the primitives come out fp32
+            z = torch.stack([d_l, phi, delta], dim=-1).to(self.regressor.out.weight.dtype)
+            a, b, g = self.regressor(z)
             scores = g * (a * cosine + b)
             loss = loss_reg = loss_ent = None
             if labels is not None:
@@ -437,7 +441,7 @@ class HyperAlignModel(HeadOnlyMixin, PreTrainedModel):
         if len(items) != len(prompts):
             raise ValueError(f"images/prompts: expected the same number of images and prompts, got {len(items)} "
                              f"images and {len(prompts)} prompts")
-        if not items:
+        if len(items) == 0:
             raise ValueError("images: expected at least one image, got 0")
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -474,7 +478,7 @@ class HyperAlignModel(HeadOnlyMixin, PreTrainedModel):
         def reward_fn(images, prompts, prompt_metadata=None):
             if prompt_metadata is not None and len(prompt_metadata) != len(prompts):
                 raise ValueError(f"prompt_metadata: expected {len(prompts)} entries, got {len(prompt_metadata)}")
-            with self._score_lock:
+            with _SCORE_LOCK:
                 details = self.score(images, list(prompts), batch_size=batch_size, return_details=True)
             meta = {k: details[k].tolist() for k in ("cosine", "d_L", "phi", "delta")} if diagnostics else {}
             return details["scores"], meta
@@ -538,7 +542,7 @@ class CosineLinearBaseline(nn.Module):
         gate_init: adapter gate logit.
     """
 
-    def __init__(self, dim: int, reduction: int = 4, gate_init: float = -2.0):
+    def __init__(self, dim: int, reduction: int = 4, gate_init: float = -4.0):
         super().__init__()
         self.adapter_image = GatedAdapter(dim, reduction, gate_init)
         self.adapter_text = GatedAdapter(dim, reduction, gate_init)

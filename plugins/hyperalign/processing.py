@@ -34,14 +34,18 @@ def check_prompts(prompts: Any) -> list[str]:
     return out
 
 
-def split_images(images: Any) -> list:
-    """Turn ``images`` into a list of single images.
+def split_images(images: Any):
+    """Turn ``images`` into something indexable by item: a list of single images, or a batched ``(N, 3, H, W)``
+    tensor kept as one tensor (so it is validated and resized batch-wise on its own device, without one host sync
+    per image).
 
     Accepts a list/tuple of images, a batched tensor ``(N, 3, H, W)`` or array ``(N, H, W, 3)``, or one image.
     """
     if isinstance(images, torch.Tensor):
         if images.dim() == 4:
-            return list(images.unbind(0))
+            if images.shape[1] not in (1, 3):
+                raise ValueError(f"images: expected a (N, 3, H, W) tensor, got shape {tuple(images.shape)}")
+            return images
         if images.dim() == 3:
             return [images]
         raise ValueError(f"images: expected a (N, 3, H, W) or (3, H, W) tensor, got shape {tuple(images.shape)}")
@@ -79,7 +83,7 @@ def _to_chw_float(image: Any, index: int) -> torch.Tensor:
         if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
             raise ValueError(f"{name}: expected an (H, W, 3) array, got shape {arr.shape}")
         arr = arr[:, :, :3] if arr.shape[2] != 1 else np.repeat(arr, 3, axis=2)
-        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        t = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)  # copy: inputs may be read-only views
         image = t
         is_hwc = True
     else:
@@ -135,6 +139,8 @@ def preprocess_images(images: Sequence[Any], size: int, mean: Sequence[float], s
     Raises:
         ValueError: unreadable file, unsupported type or shape, or non-finite pixels, naming ``images[i]``.
     """
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        return _preprocess_batch(images, size, mean, std, device, offset)
     out = []
     for j, image in enumerate(images):
         t = _to_chw_float(image, offset + j).to(device)
@@ -143,6 +149,34 @@ def preprocess_images(images: Sequence[Any], size: int, mean: Sequence[float], s
             raise ValueError(f"images[{offset + j}]: expected finite pixel values, got {bad} NaN/inf value(s)")
         out.append(resize_center_crop(t, size))
     x = torch.stack(out)
+    m = torch.tensor(mean, dtype=x.dtype, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def _preprocess_batch(images: torch.Tensor, size: int, mean: Sequence[float], std: Sequence[float],
+                      device: torch.device, offset: int) -> torch.Tensor:
+    """Batched path of :func:`preprocess_images` for a ``(N, C, H, W)`` tensor (one finiteness check per batch)."""
+    x = images.to(device)
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    elif not x.dtype.is_floating_point:
+        raise ValueError(f"images: expected uint8 or float pixels, got dtype {x.dtype}")
+    x = x.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    finite = torch.isfinite(x).flatten(1).all(1)
+    if not bool(finite.all()):
+        j = int((~finite).nonzero()[0])
+        bad = int((~torch.isfinite(x[j])).sum())
+        raise ValueError(f"images[{offset + j}]: expected finite pixel values, got {bad} NaN/inf value(s)")
+    if x.shape[-2:] != (size, size):
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[:, :, top:top + size, left:left + size].clamp(0.0, 1.0)
     m = torch.tensor(mean, dtype=x.dtype, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=device).view(1, 3, 1, 1)
     return (x - m) / s

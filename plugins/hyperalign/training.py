@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 from typing import Any, Optional, Sequence
