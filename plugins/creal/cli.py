@@ -20,6 +20,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vg-dicts", help="VG-SGG-dicts.json")
     p.add_argument("--vg-image-data", help="image_data.json")
     p.add_argument("--vg-images", help="folder with <image_id>.jpg")
+    p.add_argument("--vg-num-val-im", type=int, default=5000, help="train-split images held out as val (standard 5000)")
     p.add_argument("--backbone", default="shapes-tiny-clip",
                    help="feature tower: shapes-tiny-clip | preset:<name> | checkpoint dir")
     p.add_argument("--roi-size", type=int, default=2, help="RoIAlign output side")
@@ -87,7 +88,8 @@ def _load_data(args, split: str, start: int = 0):
     for name in ("vg_h5", "vg_dicts", "vg_image_data", "vg_images"):
         if not getattr(args, name):
             raise ValueError(f"--{name.replace('_', '-')}: required with --data vg150")
-    ds = VG150Dataset(split, args.vg_h5, args.vg_dicts, args.vg_image_data, img_dir=args.vg_images, seed=args.seed)
+    ds = VG150Dataset(split, args.vg_h5, args.vg_dicts, args.vg_image_data, img_dir=args.vg_images,
+                      num_val_im=args.vg_num_val_im, seed=args.seed)
     items = [ds[i] for i in range(min(args.num_images, len(ds)))]
     return [im for im, _ in items], [gt for _, gt in items], ds.ind_to_predicates, ds.num_object_classes
 

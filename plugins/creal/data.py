@@ -21,7 +21,7 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -240,10 +240,10 @@ class SceneGraphEvaluator:
 def format_metrics(results: dict, ks: Sequence[int], predicate_names: Optional[Sequence[str]] = None) -> str:
     """Text table of :meth:`SceneGraphEvaluator.compute` results (percentages)."""
     names = [m for m in ("R", "ngR", "mR", "ng-mR", "zR") if f"{m}@{ks[0]}" in results]
-    lines = ["metric  " + "  ".join(f"@{k:<6}" for k in ks)]
+    lines = [f"{'metric':<7}" + "".join(f"{'@' + str(k):>9}" for k in ks)]
     for m in names:
         vals = [results[f"{m}@{k}"] for k in ks]
-        lines.append(f"{m:<7} " + "  ".join(("  nan  " if math.isnan(v) else f"{100 * v:6.2f}") for v in vals))
+        lines.append(f"{m:<7}" + "".join((f"{'nan':>9}" if math.isnan(v) else f"{100 * v:9.2f}") for v in vals))
     if predicate_names is not None:
         lines.append("")
         lines.append(f"per-predicate R@{ks[-1]}:")

@@ -26,7 +26,7 @@ def inverse_frequency_weights(frequencies: Sequence[float] | torch.Tensor, power
     Returns:
         ``(C,)`` float32 weights.
     """
-    n = torch.as_tensor(frequencies, dtype=torch.float64)
+    n = torch.as_tensor(frequencies, dtype=torch.float64, device="cpu")  # explicit: meta-device contexts
     if n.ndim != 1 or bool((n < 0).any()) or float(n.sum()) <= 0:
         raise ValueError(f"frequencies: expected a 1-d tensor of non-negative counts with a positive sum, got {n}")
     seen = n > 0

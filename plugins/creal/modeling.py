@@ -147,6 +147,8 @@ def validate_relation_inputs(config, subject_features, object_features, union_fe
             raise ValueError(f"{name}: expected shape (num_pairs, {dim}), got {tuple(t.shape)}")
         if t.shape[0] != r:
             raise ValueError(f"{name}: expected {r} pairs (as subject_features), got {t.shape[0]}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: expected finite values, got NaN/inf")
     sizes = None
     if pair_boxes is not None or config.use_geometry:
         if pair_boxes is None:
@@ -154,7 +156,13 @@ def validate_relation_inputs(config, subject_features, object_features, union_fe
         if pair_boxes.ndim != 2 or pair_boxes.shape != (r, 8):
             raise ValueError(f"pair_boxes: expected shape ({r}, 8), got {tuple(pair_boxes.shape)}")
         sizes = _as_image_sizes(image_sizes, r, pair_boxes.float())
-        check_boxes("pair_boxes", pair_boxes.float().view(r, 2, 4), sizes[:, None, :])
+        try:
+            check_boxes("pair_boxes", pair_boxes.float().view(r, 2, 4), sizes[:, None, :])
+        except ValueError as err:
+            if image_sizes is None:
+                raise ValueError(f"{err} (image_sizes not given: pair_boxes must then be normalised to [0, 1])") \
+                    from None
+            raise
     for name, t, n in (("subject_labels", subject_labels, config.num_object_classes),
                        ("object_labels", object_labels, config.num_object_classes),
                        ("labels", labels, config.num_predicate_classes)):
@@ -251,11 +259,6 @@ class CReaLForRelationPrediction(CReaLPreTrainedModel):
             self.register_buffer("predicate_text_embeds", predicate_text_embeds.detach().float().clone())
         self.log_tau_a = nn.Parameter(torch.empty(()))
         self.log_tau_p = nn.Parameter(torch.empty(()))
-        if c.loss_reweighting == "inverse_frequency":
-            self.register_buffer("class_weights", inverse_frequency_weights(c.predicate_frequencies,
-                                                                            c.reweight_power), persistent=False)
-        else:
-            self.class_weights = None
         self.post_init()
 
     # -- pieces ------------------------------------------------------------------------------------------------
@@ -265,6 +268,16 @@ class CReaLForRelationPrediction(CReaLPreTrainedModel):
             return self.amp_prototypes, self.phase_prototypes
         t = self.predicate_text_embeds.to(self.amp_prototype_mlp[0].weight.dtype)
         return self.amp_prototype_mlp(t), self.phase_prototype_mlp(t)
+
+    def class_weights(self, device=None) -> Optional[torch.Tensor]:
+        """``(K+1,)`` inverse-frequency CE weights from the config, or ``None`` without re-weighting.
+
+        Recomputed from ``config.predicate_frequencies`` on each call (K+1 numbers) instead of being a buffer, so
+        models built on the meta device by ``from_pretrained`` need nothing restored.
+        """
+        if self.config.loss_reweighting != "inverse_frequency":
+            return None
+        return inverse_frequency_weights(self.config.predicate_frequencies, self.config.reweight_power).to(device)
 
     def temperatures(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tau_a, tau_p)``, clamped below at ``min_temperature`` (PE-Net caps its logit scale at 100)."""
@@ -289,7 +302,6 @@ class CReaLForRelationPrediction(CReaLPreTrainedModel):
         labels: Optional[torch.Tensor] = None,
         image_sizes: Optional[torch.Tensor] = None,
         validate: bool = True,
-        **kwargs,
     ) -> CReaLOutput:
         """Relation logits (and losses when ``labels`` are given) for ``R`` candidate pairs.
 
@@ -314,12 +326,73 @@ class CReaLForRelationPrediction(CReaLPreTrainedModel):
         if validate:
             image_sizes = validate_relation_inputs(c, subject_features, object_features, union_features, pair_boxes,
                                                    image_sizes, subject_labels, object_labels, labels)
-        s = self.dropout(self._entity(subject_features, subject_labels, self.subject_visual,
-                                      getattr(self, "subject_label_embed", None),
-                                      getattr(self, "subject_label_proj", None), getattr(self, "subject_gate", None)))
-        o = self.dropout(self._entity(object_features, object_labels, self.object_visual,
-                                      getattr(self, "object_label_embed", None),
-                                      getattr(self, "object_label_proj", None), getattr(self, "object_gate", None)))
+        s = self._subject_embed(subject_features, subject_labels)
+        o = self._object_embed(object_features, object_labels)
+        return self._relation_head(s, o, union_features, pair_boxes, image_sizes, labels)
+
+    def _subject_embed(self, feats, labels):
+        return self.dropout(self._entity(feats, labels, self.subject_visual, getattr(self, "subject_label_embed", None),
+                                         getattr(self, "subject_label_proj", None),
+                                         getattr(self, "subject_gate", None)))
+
+    def _object_embed(self, feats, labels):
+        return self.dropout(self._entity(feats, labels, self.object_visual, getattr(self, "object_label_embed", None),
+                                         getattr(self, "object_label_proj", None), getattr(self, "object_gate", None)))
+
+    def forward_image(self, object_features: torch.Tensor, union_features: torch.Tensor, rel_pairs: torch.Tensor,
+                      boxes: Optional[torch.Tensor] = None, object_labels: Optional[torch.Tensor] = None,
+                      image_size=None, labels: Optional[torch.Tensor] = None, validate: bool = True) -> CReaLOutput:
+        """One image's pairs with the entity embeddings computed once per object instead of once per pair.
+
+        Equal to :meth:`forward` on the gathered per-pair inputs (in eval mode; in training, dropout masks are drawn
+        per object), but the subject/object MLPs run on ``N`` rows instead of ``R = N (N - 1)``.
+
+        Args:
+            object_features: ``(N, entity_dim)`` RoI features of the image's objects.
+            union_features: ``(R, union_dim)`` union-box features of the pairs.
+            rel_pairs: ``(R, 2)`` [subject index, object index] into the objects.
+            boxes: ``(N, 4)`` xyxy object boxes (pixels of ``image_size``; needed when ``config.use_geometry``).
+            object_labels: ``(N,)`` object class ids (needed when ``config.use_label_embedding``).
+            image_size: ``(width, height)``; ``None``: boxes normalised to [0, 1].
+            labels: ``(R,)`` predicate ids for the losses.
+            validate: check the inputs.
+
+        Returns:
+            :class:`CReaLOutput` over the ``R`` pairs.
+        """
+        c = self.config
+        if validate:
+            n = object_features.shape[0] if object_features.ndim == 2 else -1
+            if object_features.ndim != 2 or object_features.shape[1] != c.entity_dim:
+                raise ValueError(f"object_features: expected shape (num_objects, {c.entity_dim}), "
+                                 f"got {tuple(object_features.shape)}")
+            if rel_pairs.ndim != 2 or rel_pairs.shape[1] != 2 or rel_pairs.dtype.is_floating_point:
+                raise ValueError(f"rel_pairs: expected integer (num_pairs, 2), got {tuple(rel_pairs.shape)} "
+                                 f"{rel_pairs.dtype}")
+            if rel_pairs.numel() and (int(rel_pairs.min()) < 0 or int(rel_pairs.max()) >= n):
+                raise ValueError(f"rel_pairs: expected indices in [0, {n - 1}], got range "
+                                 f"[{int(rel_pairs.min())}, {int(rel_pairs.max())}]")
+            if boxes is not None and tuple(boxes.shape) != (n, 4):
+                raise ValueError(f"boxes: expected shape ({n}, 4), got {tuple(boxes.shape)}")
+            if object_labels is not None and tuple(object_labels.shape) != (n,):
+                raise ValueError(f"object_labels: expected shape ({n},), got {tuple(object_labels.shape)}")
+        si, oi = rel_pairs[:, 0], rel_pairs[:, 1]
+        pair_boxes = None if boxes is None else torch.cat([boxes[si], boxes[oi]], dim=1)
+        sl = None if object_labels is None else object_labels[si]
+        ol = None if object_labels is None else object_labels[oi]
+        sizes = image_size
+        if validate:
+            # per-pair checks on gathered views of the small inputs (features stay per object)
+            sizes = validate_relation_inputs(c, object_features[si], object_features[oi], union_features, pair_boxes,
+                                             image_size, sl, ol, labels)
+        lab = object_labels if c.use_label_embedding else None
+        s = self._subject_embed(object_features, lab)[si]
+        o = self._object_embed(object_features, lab)[oi]
+        return self._relation_head(s, o, union_features, pair_boxes, sizes, labels)
+
+    def _relation_head(self, s, o, union_features, pair_boxes, image_sizes, labels) -> CReaLOutput:
+        """Everything after the entity embeddings ``s``, ``o`` ``(R, D)``: fusion, complex branch, logits, losses."""
+        c = self.config
         fused = F.relu(s + o) - (s - o) ** 2  # F(s,o), PE-Net
         hu = self.union_visual(union_features)
         u = torch.sigmoid(self.union_gate(torch.cat([fused, hu], dim=-1))) * hu
@@ -353,7 +426,7 @@ class CReaLForRelationPrediction(CReaLPreTrainedModel):
             labels = labels.to(logits.device).long()
             zero = logits.sum() * 0.0
             loss = zero
-            loss_ce = relation_ce_loss(logits, labels, self.class_weights)
+            loss_ce = relation_ce_loss(logits, labels, self.class_weights(logits.device))
             l21, margin = prototype_regularizer(p_a, p_p, c.gamma_dp)
             loss_reg = l21 + margin
             loss_amp = prototype_triplet_loss(v_a, p_a, labels, c.gamma_a, c.num_hard_negatives)
@@ -429,7 +502,7 @@ class LinearRelationPredictor(nn.Module):
         self.linear = nn.Linear(d_in, config.num_predicate_classes)
 
     def forward(self, subject_features, object_features, union_features, pair_boxes=None, subject_labels=None,
-                object_labels=None, labels=None, image_sizes=None, validate: bool = True, **kwargs) -> CReaLOutput:
+                object_labels=None, labels=None, image_sizes=None, validate: bool = True) -> CReaLOutput:
         """Logits ``(R, K+1)`` and, with ``labels``, the cross-entropy loss (shapes as in CReaL)."""
         c = self.config
         if validate:

@@ -34,6 +34,8 @@ def extract_relation_inputs(extractor, images: Sequence, boxes: Sequence, labels
     """
     from ..data import images_to_tensor
 
+    if len(images) == 0:
+        raise ValueError("images: expected at least one image, got none")
     if not (len(images) == len(boxes) == len(labels)):
         raise ValueError(f"images/boxes/labels: expected equal lengths, got {len(images)}, {len(boxes)}, "
                          f"{len(labels)}")

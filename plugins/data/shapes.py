@@ -177,7 +177,7 @@ class ShapesWorld:
             if PREDICATES[predicate] == "inside":
                 side = cand.box[2] - cand.box[0]
                 ax1, ay1, ax2, ay2 = anchor.box
-                if ax2 - ax1 <= side:
+                if ax2 - ax1 <= side or ay2 - ay1 <= side:  # float boxes: width and height may differ by rounding
                     return None
                 x1, y1 = rng.uniform(ax1, ax2 - side), rng.uniform(ay1, ay2 - side)
                 cand = replace(cand, box=(x1, y1, x1 + side, y1 + side))
