@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F

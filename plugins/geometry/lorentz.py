@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ._common import Curvature, eps_for, hyperbolic_op, max_finite_norm, min_norm_for, norm, sqnorm
+from ._common import Curvature, eps_for, hyperbolic_op, max_finite_norm, min_norm_for, norm
 
 __all__ = [
     "time_component",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import Curvature, eps_for, hyperbolic_op, min_norm_for, norm, sqnorm
+from ._common import Curvature, hyperbolic_op, min_norm_for, norm, sqnorm
 
 __all__ = [
     "mobius_add",

@@ -155,15 +155,25 @@ class HyperbolicITCHead(nn.Module):
         Returns:
             ``scores (num_images, num_texts)`` and ``query_index (num_images, num_texts)`` (long).
         """
-        best, idx = self.best_query(sim_q2t)
-        p = float(self.config.rqs_p)
-        if not training or p >= 1.0:
-            return best, idx
-        num_images, num_queries, _ = sim_q2t.shape
-        device = sim_q2t.device
-        use_best = torch.rand(num_images, generator=generator, device="cpu").to(device) < p  # (I,)
-        rand_idx = torch.randint(num_queries, (num_images,), generator=generator, device="cpu").to(device)
-        rand_scores = sim_q2t[torch.arange(num_images, device=device), rand_idx]  # (I, T)
+        if not training or float(self.config.rqs_p) >= 1.0:
+            return self.best_query(sim_q2t)
+        use_best, rand_idx = self.draw_rqs(sim_q2t.shape[0], sim_q2t.shape[1], sim_q2t.device, generator)
+        return self.apply_rqs(sim_q2t, use_best, rand_idx)
+
+    def draw_rqs(self, num_images: int, num_queries: int, device=None,
+                 generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RQS draws: ``use_best (num_images,)`` bool ~ Bernoulli(rqs_p) and ``rand_idx (num_images,)`` uniform
+        query indices (drawn on the CPU RNG, so results do not depend on the device)."""
+        use_best = torch.rand(num_images, generator=generator) < float(self.config.rqs_p)
+        rand_idx = torch.randint(num_queries, (num_images,), generator=generator)
+        return use_best.to(device), rand_idx.to(device)
+
+    @staticmethod
+    def apply_rqs(sim_q2t: torch.Tensor, use_best: torch.Tensor,
+                  rand_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``(I, T)`` and query indices from ``(I, Q, T)`` similarities and the RQS draws of each image."""
+        best, idx = sim_q2t.max(dim=1)
+        rand_scores = sim_q2t[torch.arange(sim_q2t.shape[0], device=sim_q2t.device), rand_idx]  # (I, T)
         scores = torch.where(use_best[:, None], best, rand_scores)
         index = torch.where(use_best[:, None], idx, rand_idx[:, None].expand_as(idx))
         return scores, index

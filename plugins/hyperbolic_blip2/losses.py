@@ -27,7 +27,8 @@ def itc_loss(logits_per_image: torch.Tensor, logits_per_text: torch.Tensor,
 
 @torch.no_grad()
 def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
-                          generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          generator: Optional[torch.Generator] = None,
+                          deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """BLIP-2 hard-negative mining: draw one negative per row from ``softmax(sim) + 1e-4`` with the positive
     (diagonal) set to 0.
 
@@ -35,6 +36,8 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
         sim_i2t: ``(batch, batch)`` max-over-queries ITC logits (image rows).
         sim_t2i: ``(batch, batch)`` (text rows).
         generator: optional CPU generator for ``torch.multinomial``.
+        deterministic: take the most likely negative (argmax) instead of sampling (used in eval mode so that
+            ``model.eval()`` losses are reproducible).
 
     Returns:
         ``neg_text_for_image (batch,)`` and ``neg_image_for_text (batch,)`` indices (never the positive).
@@ -44,6 +47,8 @@ def sample_hard_negatives(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor,
     w_i2t.fill_diagonal_(0)
     w_t2i = F.softmax(sim_t2i.float(), dim=1) + 1e-4
     w_t2i.fill_diagonal_(0)
+    if deterministic:
+        return w_i2t.argmax(dim=1), w_t2i.argmax(dim=1)
     neg_text = torch.multinomial(w_i2t.cpu(), 1, generator=generator).flatten().to(sim_i2t.device)
     neg_image = torch.multinomial(w_t2i.cpu(), 1, generator=generator).flatten().to(sim_i2t.device)
     return neg_text, neg_image

@@ -21,8 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import nn
-from transformers import Blip2Config, Blip2ForImageTextRetrieval, PreTrainedModel
+from transformers import Blip2ForImageTextRetrieval, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..hub.cards import build_model_card
@@ -165,7 +164,9 @@ class HyperbolicBlip2ForImageTextRetrieval(HeadOnlyMixin, HyperbolicBlip2PreTrai
 
         Args:
             base: Hub id (``"Salesforce/blip2-itm-vit-g"``), local directory, ``"preset:tiny-blip2-retrieval"``,
-                or a loaded ``Blip2ForImageTextRetrieval`` (its ``name_or_path`` is recorded).
+                or a loaded ``Blip2ForImageTextRetrieval`` (its ``name_or_path`` is recorded; a model without one
+                is recorded by its nested config, so reload such checkpoints with
+                ``from_pretrained(dir, base_model=...)`` to get its frozen weights back).
             revision: Hub revision of ``base``.
             dtype: dtype of the base.
             **config_kwargs: :class:`HyperbolicBlip2Config` fields, e.g. ``curvature=1.0``, ``rqs_p=0.5``.
@@ -194,9 +195,10 @@ class HyperbolicBlip2ForImageTextRetrieval(HeadOnlyMixin, HyperbolicBlip2PreTrai
     # -- checkpoints --------------------------------------------------------------------------------------
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """Head tensors plus the base modules listed in ``config.trained_base_modules`` (stage-1 trainables)."""
-        prefixes = ["head."] + [f"{self.base_attr}.{m}" for m in self.config.trained_base_modules]
-        return {k: v for k, v in self.state_dict().items()
-                if any(k == p or k.startswith(p if p.endswith(".") else p + ".") or k == p for p in prefixes)}
+        modules = [f"{self.base_attr}.{m}" for m in self.config.trained_base_modules]
+        prefixes = ("head.",) + tuple(m + "." for m in modules)
+        exact = set(modules)  # parameters held directly by the base, e.g. base.query_tokens
+        return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes) or k in exact}
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **kwargs) -> None:
         """Write ``config.json``, ``model.safetensors`` (head + trained base modules) and ``README.md``.
@@ -325,7 +327,8 @@ class HyperbolicBlip2ForImageTextRetrieval(HeadOnlyMixin, HyperbolicBlip2PreTrai
             return_loss: compute ``loss`` (needs ``num_images == num_texts``; row i pairs image i with text i).
 
         Returns:
-            :class:`HyperbolicBlip2Output`. Training mode applies RTP and RQS; eval mode is deterministic.
+            :class:`HyperbolicBlip2Output`. Training mode applies RTP and RQS and samples ITM hard negatives; eval
+            mode is deterministic (max over queries, no pruning, hardest ITM negative).
         """
         cfg = self.config
         check_pixel_values(pixel_values)
@@ -362,7 +365,8 @@ class HyperbolicBlip2ForImageTextRetrieval(HeadOnlyMixin, HyperbolicBlip2PreTrai
             if cfg.use_itm and num_images > 1:
                 # Hard negatives from the max-over-queries ITC similarity (not the RQS one), as BLIP-2 mines them.
                 best = self.head.best_query(sim_q2t)[0].detach() / temp.detach()
-                neg_text, neg_image = sample_hard_negatives(best, best.t())
+                # training: sampled as BLIP-2; eval: the hardest negative, so eval losses are deterministic.
+                neg_text, neg_image = sample_hard_negatives(best, best.t(), deterministic=not self.training)
                 ids_all = torch.cat([input_ids, input_ids, input_ids[neg_text]], dim=0)
                 mask_all = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]], dim=0)
                 vis_all = torch.cat([vision_states, vision_states[neg_image], vision_states], dim=0)
