@@ -32,7 +32,9 @@ import time
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import DTYPES, sync  # noqa: E402  (shared timing helpers of benchmarks/)
+
 METHODS = ("plain", "one_pass", "two_pass")
 
 
@@ -56,11 +58,6 @@ def run_method(method: str, model, inputs, config, max_new_tokens: int):
             with enable_contrastive_attention(model, config):
                 return model.generate(**inputs, **kwargs)
         return two_pass_generate(model, inputs, config, **kwargs)
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build(args):
@@ -128,10 +125,10 @@ def main(argv=None) -> int:
                 run_method(m, model, inputs, config, n_new)  # warm-up
             for _ in range(args.repeats):
                 for m in METHODS:
-                    _sync(args.device)
+                    sync(torch.device(args.device))
                     start = time.perf_counter()
                     run_method(m, model, inputs, config, n_new)
-                    _sync(args.device)
+                    sync(torch.device(args.device))
                     times[m].append(time.perf_counter() - start)
             for m in METHODS:
                 res[(m, phase)] = statistics.median(times[m])

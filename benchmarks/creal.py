@@ -16,32 +16,19 @@ The issue's target is <= 1 ms per image at 80 objects on GPU (the paper reports 
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import time_fn  # noqa: E402  (shared timing helpers of benchmarks/)
 
 SIZES = {
     "tiny": dict(entity_dim=256, union_dim=256, hidden_size=64, complex_dim=64, embed_dim=64, label_embed_dim=16,
                  geometry_dim=64),
     "paper": dict(entity_dim=4096, union_dim=4096),  # CReaLConfig defaults otherwise (hidden 512, d_c 512, d_e 512)
 }
-
-
-def _time(fn, device: str, repeats: int, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main(argv=None) -> int:
@@ -88,9 +75,9 @@ def main(argv=None) -> int:
                           rel_pairs=torch.stack([si, oi], 1).to(args.device), boxes=boxes.to(args.device, dtype),
                           object_labels=labels.to(args.device), image_size=(601.0, 601.0), validate=False)
         with torch.inference_mode():
-            t_creal = _time(lambda: creal(**inputs, validate=False), args.device, repeats)
-            t_image = _time(lambda: creal.forward_image(**per_object), args.device, repeats)
-            t_linear = _time(lambda: linear(**inputs, validate=False), args.device, repeats)
+            t_creal = 1e3 * time_fn(lambda: creal(**inputs, validate=False), torch.device(args.device), repeats=repeats)
+            t_image = 1e3 * time_fn(lambda: creal.forward_image(**per_object), torch.device(args.device), repeats=repeats)
+            t_linear = 1e3 * time_fn(lambda: linear(**inputs, validate=False), torch.device(args.device), repeats=repeats)
         tag = f"{n}obj_{r}pairs_{args.size}_{args.device}_{args.dtype}"
         print(f"inference_ms_per_image_{tag} ratio={t_creal / t_linear:.2f} baseline={t_linear:.3f} "
               f"plugin={t_creal:.3f} added_ms={t_creal - t_linear:.3f}")

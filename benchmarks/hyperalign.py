@@ -14,26 +14,15 @@ Prints ``name ratio=... baseline=... plugin=...`` (throughput in pairs/s; ratio 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import time
+import sys
 
 import torch
 import torch.nn.functional as F
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _timer(fn, device, iters: int) -> float:
-    """Seconds per call (mean over ``iters`` calls)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t) / iters
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import DTYPES, time_fn  # noqa: E402  (shared timing helpers of benchmarks/)
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,9 +71,9 @@ def main(argv=None) -> None:
             fn()
     times = {"bare": [], "plugin": [], "score": []}
     for _ in range(args.rounds):
-        times["bare"].append(_timer(bare, device, args.iters))
-        times["plugin"].append(_timer(plugin, device, args.iters))
-        times["score"].append(_timer(score_e2e, device, max(1, args.iters // 2)))
+        times["bare"].append(time_fn(bare, device, warmup=0, repeats=args.iters))
+        times["plugin"].append(time_fn(plugin, device, warmup=0, repeats=args.iters))
+        times["score"].append(time_fn(score_e2e, device, warmup=0, repeats=max(1, args.iters // 2)))
     tput = {k: B / statistics.median(v) for k, v in times.items()}
     tag = f"{args.preset} {args.device} {args.dtype} batch={B}"
     print(f"hyperalign_forward_throughput[{tag}] ratio={tput['plugin'] / tput['bare']:.4f} "

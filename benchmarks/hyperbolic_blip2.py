@@ -21,33 +21,13 @@ CPU, tiny preset by default. Full size on GPU::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, device, warmup: int, repeats: int) -> float:
-    """Median wall time of ``fn()`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import DTYPES, time_fn  # noqa: E402  (shared timing helpers of benchmarks/)
 
 def build(args):
     """(plain base, hyperbolic model sharing its weights, inputs) on the requested device/dtype."""
@@ -122,10 +102,9 @@ def main(argv=None) -> int:
 
     base, model, (px, ids, mask), device = build(args)
     with torch.no_grad():
-        t_base = _time(lambda: base(pixel_values=px, input_ids=ids, attention_mask=mask,
-                                    use_image_text_matching_head=False), device, args.warmup, args.repeats)
-        t_plug = _time(lambda: model(pixel_values=px, input_ids=ids, attention_mask=mask), device, args.warmup,
-                       args.repeats)
+        t_base = 1e3 * time_fn(lambda: base(pixel_values=px, input_ids=ids, attention_mask=mask,
+                                    use_image_text_matching_head=False), device, warmup=args.warmup, repeats=args.repeats)
+        t_plug = 1e3 * time_fn(lambda: model(pixel_values=px, input_ids=ids, attention_mask=mask), device, warmup=args.warmup, repeats=args.repeats)
         e = model._query_features(model._vision_states(px))
         u = model._text_features(ids, mask)
 
@@ -134,7 +113,7 @@ def main(argv=None) -> int:
             txt = model.head.embed(u, "text")
             return model.head.best_query(model.head.query_text_similarity(img.points, txt.points))
 
-        t_head = _time(head_only, device, args.warmup, args.repeats)
+        t_head = 1e3 * time_fn(head_only, device, warmup=args.warmup, repeats=args.repeats)
     print(f"forward_ms ratio={t_plug / t_base:.4f} baseline={t_base:.3f} plugin={t_plug:.3f} "
           f"({args.preset}, {args.device}, {args.dtype}, batch {args.batch_size})")
     print(f"head_overhead_ms ratio={t_head / t_base:.4f} baseline={t_base:.3f} plugin={t_head:.3f}")
@@ -158,8 +137,8 @@ def main(argv=None) -> int:
             and float((tr != tr_b).float().mean()) < 1e-2 and float((ir != ir_b).float().mean()) < 1e-2):
         raise RuntimeError("retrieval_ranks disagrees with the argsort baseline")
     reps = max(1, args.repeats // 4)
-    t_rank = _time(lambda: retrieval_ranks(sim, text_image_ids), device, 1, reps)
-    t_rank_b = _time(lambda: rank_baseline(sim, text_image_ids), device, 1, reps)
+    t_rank = 1e3 * time_fn(lambda: retrieval_ranks(sim, text_image_ids), device, warmup=1, repeats=reps)
+    t_rank_b = 1e3 * time_fn(lambda: rank_baseline(sim, text_image_ids), device, warmup=1, repeats=reps)
     print(f"rank_ms ratio={t_rank / t_rank_b:.4f} baseline={t_rank_b:.3f} plugin={t_rank:.3f} "
           f"({n_img}x{n_txt})")
     print(f"rank_throughput ratio={t_rank_b / t_rank:.4f} baseline={n_img * n_txt / t_rank_b * 1e3:.3e} "

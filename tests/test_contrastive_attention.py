@@ -28,15 +28,6 @@ PAD = 32001
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: one intra-op thread is faster than two spinning on a shared 2-core CI box; restored after
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------------------------------------- fixtures / inputs
 _MODELS: dict = {}
 

@@ -17,14 +17,6 @@ from vlplugins.hub import build_from_preset
 IMAGE_TOKEN = 32000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return build_from_preset("tiny-llava")

@@ -191,17 +191,7 @@ def test_aggregate_table_and_scatter(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ CLI
-@pytest.fixture
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny Trainer steps: threading only adds overhead on the 2-core CI box
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_cli_train_eval_score(tmp_path, capsys, one_thread):
+def test_cli_train_eval_score(tmp_path, capsys):
     from vlplugins.cli import main
 
 

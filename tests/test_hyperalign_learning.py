@@ -19,13 +19,7 @@ def setup():
     from vlplugins.hyperalign.demo import prepare
 
     transformers.logging.set_verbosity_error()
-    # hundreds of tiny optimizer steps: one thread avoids oversubscribing the 2-core CI machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield prepare(num_pairs=1200)
-    finally:
-        torch.set_num_threads(threads)
+    return prepare(num_pairs=1200)  # tests/conftest.py runs the suite on one intra-op thread
 
 
 def test_hyperalign_learns_on_held_out_prompts(setup):

@@ -15,13 +15,8 @@ PRETRAIN_STEPS, LEARN_STEPS = 200, 150  # the demo's defaults
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster than two contending ones
-    try:
-        return learning_check(tmp_path_factory.mktemp("hb_learning"), arms=("hyperbolic",),
-                              steps=LEARN_STEPS, pretrain_steps=PRETRAIN_STEPS)
-    finally:
-        torch.set_num_threads(threads)
+    return learning_check(tmp_path_factory.mktemp("hb_learning"), arms=("hyperbolic",),
+                          steps=LEARN_STEPS, pretrain_steps=PRETRAIN_STEPS)
 
 
 def test_hyperbolic_head_learns_retrieval(trained):

@@ -43,62 +43,57 @@ def run_demo(workdir: Path) -> list:
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     rows = []
-    try:
-        for preset in ("tiny-llava", "tiny-llava-next"):
+    for preset in ("tiny-llava", "tiny-llava-next"):
+        start = time.perf_counter()
+        model = build_from_preset(preset)
+        saved = ContrastiveAttentionConfig.from_preset(preset)
+        saved.save_pretrained(workdir / f"{preset}-config")
+        config = ContrastiveAttentionConfig.from_pretrained(workdir / f"{preset}-config")
+        inputs = synthetic_inputs(model, batch_size=3, text_len=8)
+        gen = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False)
+        with torch.no_grad():
+            plain_logits = model(**inputs).logits
+            with enable_contrastive_attention(model, config):
+                one_logits = model(**inputs).logits
+                one_ids = model.generate(**inputs, **gen)
+            scale = two_pass_scale(model, inputs, config)["scale"]
+
+            def hook(module, args):
+                return (args[0] * scale.unsqueeze(-1), *args[1:])
+
+            h = language_model(model).layers[config.review_layer].register_forward_pre_hook(hook)
+            try:
+                two_logits = model(**inputs).logits
+            finally:
+                h.remove()
+            two_ids = two_pass_generate(model, inputs, config, **gen)
+            unit = ContrastiveAttentionConfig(**{**config.to_dict(), "scale": 1.0})
+            with enable_contrastive_attention(model, unit):
+                unit_logits = model(**inputs).logits
+        seconds = time.perf_counter() - start
+        rows.append(DemoRow(PLUGIN, f"{preset} max|logit| one-pass vs two-pass",
+                            (one_logits - two_logits).abs().max().item(), None, seconds))
+        rows.append(DemoRow(PLUGIN, f"{preset} 32-token ids equal two-pass (1=yes)",
+                            float(torch.equal(one_ids, two_ids)), None, seconds))
+        rows.append(DemoRow(PLUGIN, f"{preset} max|logit| lambda=1 vs plain model",
+                            (unit_logits - plain_logits).abs().max().item(), None, seconds))
+        rows.append(DemoRow(PLUGIN, f"{preset} max|logit| effect lambda={config.scale}",
+                            (one_logits - plain_logits).abs().max().item(), None, seconds))
+        if preset == "tiny-llava":
             start = time.perf_counter()
-            model = build_from_preset(preset)
-            saved = ContrastiveAttentionConfig.from_preset(preset)
-            saved.save_pretrained(workdir / f"{preset}-config")
-            config = ContrastiveAttentionConfig.from_pretrained(workdir / f"{preset}-config")
-            inputs = synthetic_inputs(model, batch_size=3, text_len=8)
-            gen = dict(max_new_tokens=32, min_new_tokens=32, do_sample=False)
-            with torch.no_grad():
-                plain_logits = model(**inputs).logits
+
+            def one_pass():
                 with enable_contrastive_attention(model, config):
-                    one_logits = model(**inputs).logits
-                    one_ids = model.generate(**inputs, **gen)
-                scale = two_pass_scale(model, inputs, config)["scale"]
+                    model.generate(**inputs, **gen)
 
-                def hook(module, args):
-                    return (args[0] * scale.unsqueeze(-1), *args[1:])
-
-                h = language_model(model).layers[config.review_layer].register_forward_pre_hook(hook)
-                try:
-                    two_logits = model(**inputs).logits
-                finally:
-                    h.remove()
-                two_ids = two_pass_generate(model, inputs, config, **gen)
-                unit = ContrastiveAttentionConfig(**{**config.to_dict(), "scale": 1.0})
-                with enable_contrastive_attention(model, unit):
-                    unit_logits = model(**inputs).logits
+            with torch.no_grad():
+                t = _latencies({"plain": lambda: model.generate(**inputs, **gen), "one": one_pass,
+                                "two": lambda: two_pass_generate(model, inputs, config, **gen)})
+            t_plain, t_one, t_two = t["plain"], t["one"], t["two"]
             seconds = time.perf_counter() - start
-            rows.append(DemoRow(PLUGIN, f"{preset} max|logit| one-pass vs two-pass",
-                                (one_logits - two_logits).abs().max().item(), None, seconds))
-            rows.append(DemoRow(PLUGIN, f"{preset} 32-token ids equal two-pass (1=yes)",
-                                float(torch.equal(one_ids, two_ids)), None, seconds))
-            rows.append(DemoRow(PLUGIN, f"{preset} max|logit| lambda=1 vs plain model",
-                                (unit_logits - plain_logits).abs().max().item(), None, seconds))
-            rows.append(DemoRow(PLUGIN, f"{preset} max|logit| effect lambda={config.scale}",
-                                (one_logits - plain_logits).abs().max().item(), None, seconds))
-            if preset == "tiny-llava":
-                start = time.perf_counter()
-
-                def one_pass():
-                    with enable_contrastive_attention(model, config):
-                        model.generate(**inputs, **gen)
-
-                with torch.no_grad():
-                    t = _latencies({"plain": lambda: model.generate(**inputs, **gen), "one": one_pass,
-                                    "two": lambda: two_pass_generate(model, inputs, config, **gen)})
-                t_plain, t_one, t_two = t["plain"], t["one"], t["two"]
-                seconds = time.perf_counter() - start
-                rows.append(DemoRow(PLUGIN, "CPU generate s (bs3, 32 tok) one-pass vs plain SDPA", t_one, t_plain,
-                                    seconds))
-                rows.append(DemoRow(PLUGIN, "CPU generate s (bs3, 32 tok) one-pass vs two-pass", t_one, t_two,
-                                    seconds))
-    finally:
-        torch.set_num_threads(threads)
+            rows.append(DemoRow(PLUGIN, "CPU generate s (bs3, 32 tok) one-pass vs plain SDPA", t_one, t_plain,
+                                seconds))
+            rows.append(DemoRow(PLUGIN, "CPU generate s (bs3, 32 tok) one-pass vs two-pass", t_one, t_two,
+                                seconds))
     return rows

@@ -91,13 +91,7 @@ def evaluate_predcls(model, inputs: dict, gts: list, ks=KS, train_triplets=None)
 def run_demo(workdir: Path, steps: int = 300, num_train: int = 300, num_test: int = 100,
              data: Optional[dict] = None) -> list:
     """Train CReaL and the linear baseline with the same budget; save + reload CReaL; return the demo rows."""
-    threads = torch.get_num_threads()
-    # one thread: the tiny matmuls gain nothing from more, and OpenMP spin-waits cost a lot on a shared 2-core box
-    torch.set_num_threads(1)
-    try:
-        return _run_demo(Path(workdir), steps, num_train, num_test, data)
-    finally:
-        torch.set_num_threads(threads)
+    return _run_demo(Path(workdir), steps, num_train, num_test, data)
 
 
 def _run_demo(workdir: Path, steps: int, num_train: int, num_test: int, data: Optional[dict]) -> list:

@@ -47,13 +47,7 @@ def prepare(num_pairs: int = NUM_PAIRS, seed: int = 0):
 
 def run_demo(workdir: Path):
     """Train HyperAlign and the baseline, evaluate on held-out prompts, save + reload; return ``DemoRow``s."""
-    # Hundreds of tiny optimizer steps: intra-op threading only adds overhead (10x slower on a busy 2-core box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run_demo(Path(workdir))
-    finally:
-        torch.set_num_threads(threads)
+    return _run_demo(Path(workdir))
 
 
 def _run_demo(workdir: Path):

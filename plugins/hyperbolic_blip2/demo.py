@@ -219,14 +219,7 @@ def run_demo(workdir: Path) -> list:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    # One thread: the matrices are tiny (faster than two contending threads) and the numbers do not depend on the
-    # machine's core count.
-    torch.set_num_threads(1)
-    try:
-        res = learning_check(workdir, arms=("euclidean", "hyperbolic", "poincare_distance"))
-    finally:
-        torch.set_num_threads(threads)
+    res = learning_check(workdir, arms=("euclidean", "hyperbolic", "poincare_distance"))
     hyp, euc = res["hyperbolic"], res["euclidean"]
     save_dir = workdir / "hyperbolic_blip2_shapes"
     hyp["model"].save_pretrained(save_dir)
