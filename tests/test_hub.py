@@ -239,3 +239,29 @@ def test_load_reference_model_preset():
 def test_autoconfig_resolves_registered_plugin(tmp_path):
     ProbeConfig(base_model_name_or_path="x").save_pretrained(tmp_path)
     assert type(AutoConfig.from_pretrained(tmp_path)) is ProbeConfig
+
+
+def test_plain_import_registers_every_plugin_without_lavis():
+    # A fresh interpreter: `import vlplugins` alone must register all four plugins with the Auto classes (the
+    # test process has imported the sub-packages already, so it cannot show this), and must not import LAVIS.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vlplugins\n"
+        "from transformers import AutoConfig, AutoModel\n"
+        "from transformers.models.auto.modeling_auto import MODEL_MAPPING\n"
+        "for mt in ('hyperbolic_blip2', 'creal', 'hyperalign', 'contrastive_attention'):\n"
+        "    cfg = AutoConfig.for_model(mt)\n"
+        "    model_cls = MODEL_MAPPING[type(cfg)] if mt != 'contrastive_attention' else None\n"
+        "    print(mt, type(cfg).__name__, getattr(model_cls, '__name__', '-'))\n"
+        "print('lavis' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.split("\n")
+    assert lines[0] == "hyperbolic_blip2 HyperbolicBlip2Config HyperbolicBlip2ForImageTextRetrieval"
+    assert lines[1] == "creal CReaLConfig CReaLForRelationPrediction"
+    assert lines[2] == "hyperalign HyperAlignConfig HyperAlignModel"
+    assert lines[3] == "contrastive_attention ContrastiveAttentionConfig -"
+    assert lines[4] == "False"

@@ -461,9 +461,14 @@ class CReaLForRelationPrediction(CReaLPreTrainedModel):
                  "out = model(subject_features, object_features, union_features, pair_boxes=pair_boxes,\n"
                  "            subject_labels=subject_labels, object_labels=object_labels, image_sizes=(W, H))\n"
                  "scores = out.logits.softmax(-1)  # (num_pairs, num_predicates), column 0 = background")
+        # No public paper link or code of CReaL is known to us; the head follows PE-Net's prototype formulation,
+        # which the card cites so readers can find the notation (F(s, o), prototypes, L_reg, triplet losses).
+        references = ("CReaL: complex-valued relation learning for scene graph generation (paper link not public "
+                      "at the time of writing). Prototype-based embedding it builds on: PE-Net, Zheng et al., CVPR "
+                      "2023, https://arxiv.org/abs/2303.07096. Evaluation protocol: Scene-Graph-Benchmark.pytorch.")
         return build_model_card(title="CReaL relation predictor", summary=summary, usage=usage,
                                 tags=["scene-graph-generation", "creal", "relation-prediction"],
-                                eval_table=eval_table)
+                                eval_table=eval_table, extra_sections={"References": references})
 
     def save_pretrained(self, save_directory, *args, eval_table: Optional[str] = None, **kwargs):
         """``PreTrainedModel.save_pretrained`` (config + safetensors) plus our ``README.md`` model card."""
