@@ -186,37 +186,17 @@ def test_config_presets_roundtrip_and_folder(tmp_path):
     assert "- custom_generate" in readme.split("---")[1]
 
 
-def test_push_to_hub_uploads_config_and_custom_generate(monkeypatch):
-    from huggingface_hub import HfApi
-
-    recorded = {}
-
-    class Repo:
-        repo_id = "user/llava15-contrastive-attention"
-
-    def fake_create_repo(self, repo_id, **kw):
-        recorded["repo"] = repo_id
-        return Repo()
-
-    def fake_upload_folder(self, *, repo_id, folder_path, **kw):
-        import pathlib
-
-        root = pathlib.Path(folder_path)
-        recorded["files"] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-        recorded["config"] = json.loads((root / "config.json").read_text())
-        recorded["readme"] = (root / "README.md").read_text()
-        return "commit-url"
-
-    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+def test_push_to_hub_uploads_config_and_custom_generate(fake_hub):
     cfg = ContrastiveAttentionConfig.from_preset("llava-1.5-7b")
     assert cfg.push_to_hub("user/llava15-contrastive-attention") == "commit-url"
-    assert recorded["repo"] == "user/llava15-contrastive-attention"
-    assert recorded["files"] == ["README.md", "config.json", "custom_generate/generate.py",
-                                 "custom_generate/requirements.txt"]
-    assert recorded["config"]["post_integration_layer"] == 28 and recorded["config"]["review_layer"] == 29
-    assert 'custom_generate="user/llava15-contrastive-attention"' in recorded["readme"]
-    assert 'from_pretrained("llava-hf/llava-1.5-7b-hf")' in recorded["readme"]
+    assert fake_hub.upload_repo_id == "user/llava15-contrastive-attention"
+    assert sorted(fake_hub.files) == ["README.md", "config.json", "custom_generate/generate.py",
+                                      "custom_generate/requirements.txt"]
+    config = json.loads(fake_hub.text("config.json"))
+    assert config["post_integration_layer"] == 28 and config["review_layer"] == 29
+    readme = fake_hub.text("README.md")
+    assert 'custom_generate="user/llava15-contrastive-attention"' in readme
+    assert 'from_pretrained("llava-hf/llava-1.5-7b-hf")' in readme
 
 
 @pytest.mark.parametrize("fields, argument", [

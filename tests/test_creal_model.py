@@ -263,30 +263,11 @@ def test_text_prototypes_from_clip_text_tower_survive_save_and_reload(tmp_path):
         CReaLForRelationPrediction(CReaLConfig(**{**TINY, "prototype_init": "text"}), torch.zeros(8, 5))
 
 
-def test_push_to_hub_uploads_our_card(monkeypatch):
-    import huggingface_hub
-
-    uploaded = {}
-
-    class _Repo:
-        repo_id = "user/creal-vg150"
-
-    def fake_create_repo(self, repo_id, **kwargs):
-        uploaded["repo"] = repo_id
-        return _Repo()
-
-    def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
-        import os
-
-        uploaded["files"] = {f: open(os.path.join(folder_path, f), "rb").read() for f in os.listdir(folder_path)}
-        return "commit"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
-    assert _model().push_to_hub("user/creal-vg150") == "commit"
-    assert uploaded["repo"] == "user/creal-vg150"
-    assert sorted(uploaded["files"]) == ["README.md", "config.json", "model.safetensors"]
-    assert b"library_name: vlplugins" in uploaded["files"]["README.md"]
+def test_push_to_hub_uploads_our_card(fake_hub):
+    assert _model().push_to_hub("user/creal-vg150") == "commit-url"
+    assert fake_hub.upload_repo_id == "user/creal-vg150"
+    assert sorted(fake_hub.files) == ["README.md", "config.json", "model.safetensors"]
+    assert "library_name: vlplugins" in fake_hub.text("README.md")
 
 
 def test_reweighted_model_reloads_with_its_class_weights(tmp_path):

@@ -1,12 +1,10 @@
 """Hub layer: presets, Auto registration, head-only checkpoints, model cards, offline push, tokenizers."""
 
 import json
-from pathlib import Path
 
 import open_clip
 import pytest
 import torch
-from huggingface_hub import HfApi
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, CLIPModel, PretrainedConfig, PreTrainedModel
 
@@ -201,31 +199,14 @@ def test_model_card_contents(tmp_path, base_dir):
     assert "```python\nAutoModel.from_pretrained(dir)\n```" in card
 
 
-def test_push_to_hub_offline_with_fake_api(monkeypatch, base_dir):
-    recorded = {}
-
-    class Repo:
-        repo_id = "user/probe"
-
-    def fake_create_repo(self, repo_id, **kwargs):
-        recorded["create_repo"] = (repo_id, kwargs.get("exist_ok"))
-        return Repo()
-
-    def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
-        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
-        recorded["upload"] = (repo_id, files)
-        return "commit-url"
-
-    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+def test_push_to_hub_offline_with_fake_api(fake_hub, base_dir):
     model = ProbeModel(ProbeConfig(base_model_name_or_path=str(base_dir)))
     assert model.push_to_hub("user/probe") == "commit-url"
-    assert recorded["create_repo"] == ("user/probe", True)
-    repo_id, files = recorded["upload"]
-    assert repo_id == "user/probe"
-    assert sorted(files) == ["README.md", "config.json", "model.safetensors"]
-    assert b"library_name: vlplugins" in files["README.md"]
-    assert json.loads(files["config.json"])["model_type"] == "vlplugins_test_probe"
+    assert fake_hub.repo_id == "user/probe" and fake_hub.create_kwargs["exist_ok"] is True
+    assert fake_hub.upload_repo_id == "user/probe"
+    assert sorted(fake_hub.files) == ["README.md", "config.json", "model.safetensors"]
+    assert "library_name: vlplugins" in fake_hub.text("README.md")
+    assert json.loads(fake_hub.text("config.json"))["model_type"] == "vlplugins_test_probe"
 
 
 def test_load_reference_model_preset():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from concurrent import futures
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -360,29 +359,11 @@ def test_from_pretrained_rejects_mismatched_head(tmp_path, model):
         HyperAlignModel.from_pretrained(tmp_path, config=cfg, base_model=model.clip)
 
 
-def test_push_to_hub_uploads_head_only(monkeypatch, model):
-    import huggingface_hub
-
-    recorded = {}
-
-    class _Repo:
-        repo_id = "user/hyperalign-test"
-
-    def fake_create_repo(self, repo_id, **kwargs):
-        recorded["repo"] = repo_id
-        return _Repo()
-
-    def fake_upload_folder(self, repo_id, folder_path, **kwargs):
-        recorded["files"] = sorted(p.name for p in Path(folder_path).iterdir())
-        recorded["size"] = (Path(folder_path) / "model.safetensors").stat().st_size
-        return "commit-url"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
+def test_push_to_hub_uploads_head_only(fake_hub, model):
     assert model.push_to_hub("user/hyperalign-test") == "commit-url"
-    assert recorded["repo"] == "user/hyperalign-test"
-    assert recorded["files"] == ["README.md", "config.json", "model.safetensors"]
-    assert recorded["size"] < 100_000
+    assert fake_hub.upload_repo_id == "user/hyperalign-test"
+    assert sorted(fake_hub.files) == ["README.md", "config.json", "model.safetensors"]
+    assert len(fake_hub.files["model.safetensors"]) < 100_000
 
 
 def test_reload_in_bfloat16_is_finite_and_close(tmp_path, pairs):

@@ -418,31 +418,11 @@ def test_save_load_roundtrip_and_auto(model, tmp_path):
         model.base.text_projection.bias.sub_(0.5)
 
 
-def test_push_to_hub_uploads_head_only_folder(model, monkeypatch):
-    from huggingface_hub import HfApi
-
-    recorded = {}
-
-    class Repo:
-        repo_id = "user/hyp-blip2"
-
-    def fake_create_repo(self, repo_id, **kw):
-        recorded["repo"] = repo_id
-        return Repo()
-
-    def fake_upload_folder(self, *, repo_id, folder_path, **kw):
-        import os
-
-        recorded["files"] = sorted(os.listdir(folder_path))
-        recorded["config"] = json.loads(open(os.path.join(folder_path, "config.json")).read())
-        return "commit"
-
-    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
-    assert model.push_to_hub("user/hyp-blip2") == "commit"
-    assert recorded["repo"] == "user/hyp-blip2"
-    assert recorded["files"] == ["README.md", "config.json", "model.safetensors"]
-    assert recorded["config"]["base_model_name_or_path"] == PRESET
+def test_push_to_hub_uploads_head_only_folder(model, fake_hub):
+    assert model.push_to_hub("user/hyp-blip2") == "commit-url"
+    assert fake_hub.upload_repo_id == "user/hyp-blip2"
+    assert sorted(fake_hub.files) == ["README.md", "config.json", "model.safetensors"]
+    assert json.loads(fake_hub.text("config.json"))["base_model_name_or_path"] == PRESET
 
 
 def test_uncertainty_is_mean_query_radius(model):
