@@ -88,22 +88,21 @@ def itm_rerank(sim_i2t: torch.Tensor, k: int, itm_score: Callable[[torch.Tensor,
     Returns:
         ``scores_i2t (num_images, num_texts)`` and ``scores_t2i (num_texts, num_images)``.
     """
-    num_images, num_texts = sim_i2t.shape
-    scores_i2t = torch.full_like(sim_i2t, fill)
-    k_t = min(k, num_texts)
-    top_sim, top_idx = sim_i2t.topk(k_t, dim=1)  # (I, k)
-    img_idx = torch.arange(num_images, device=sim_i2t.device)[:, None].expand_as(top_idx)
-    itm = itm_score(img_idx.reshape(-1), top_idx.reshape(-1)).reshape(num_images, k_t)
-    scores_i2t.scatter_(1, top_idx, itm.to(sim_i2t.dtype) + top_sim)
-
-    sim_t2i = sim_i2t.t()
-    scores_t2i = torch.full_like(sim_t2i, fill)
-    k_i = min(k, num_images)
-    top_sim, top_idx = sim_t2i.topk(k_i, dim=1)  # (T, k)
-    txt_idx = torch.arange(num_texts, device=sim_i2t.device)[:, None].expand_as(top_idx)
-    itm = itm_score(top_idx.reshape(-1), txt_idx.reshape(-1)).reshape(num_texts, k_i)
-    scores_t2i.scatter_(1, top_idx, itm.to(sim_i2t.dtype) + top_sim)
+    scores_i2t = _rerank_rows(sim_i2t, k, fill, itm_score)
+    # Text->image rows: the row index is the text, so the ITM call takes its arguments swapped.
+    scores_t2i = _rerank_rows(sim_i2t.t(), k, fill, lambda txt, img: itm_score(img, txt))
     return scores_i2t, scores_t2i
+
+
+def _rerank_rows(sim: torch.Tensor, k: int, fill: float,
+                 pair_score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``(rows, cols)`` scores: ``pair_score(row, col) + sim`` on each row's top-``k`` columns, ``fill`` elsewhere."""
+    rows, cols = sim.shape
+    k = min(k, cols)
+    top_sim, top_idx = sim.topk(k, dim=1)  # (rows, k)
+    row_idx = torch.arange(rows, device=sim.device)[:, None].expand_as(top_idx)
+    extra = pair_score(row_idx.reshape(-1), top_idx.reshape(-1)).reshape(rows, k)
+    return torch.full_like(sim, fill).scatter_(1, top_idx, extra.to(sim.dtype) + top_sim)
 
 
 @torch.no_grad()
