@@ -172,10 +172,12 @@ class VG150Dataset:
 
     @property
     def num_object_classes(self) -> int:
+        """Object classes including background (index 0): 151 for VG-150."""
         return len(self.ind_to_classes)
 
     @property
     def num_predicates(self) -> int:
+        """Predicate classes including background (index 0): 51 for VG-150."""
         return len(self.ind_to_predicates)
 
     def get_groundtruth(self, index: int) -> dict:

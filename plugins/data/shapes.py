@@ -56,6 +56,7 @@ class ShapeObject:
 
     @property
     def center(self) -> tuple[float, float]:
+        """Box centre ``(x, y)`` in pixels."""
         x1, y1, x2, y2 = self.box
         return (x1 + x2) / 2, (y1 + y2) / 2
 
