@@ -304,3 +304,17 @@ def test_non_float_input_raises():
         P.expmap0(torch.ones(2, 3, dtype=torch.long), 1.0)
     with pytest.raises(ValueError, match="min_radius"):
         L.half_aperture(torch.ones(2, 3), 1.0, min_radius=0.0)
+
+
+def test_clamped_curvature_meru_rule():
+    from vlplugins.geometry import clamped_curvature
+
+    log_c = torch.tensor(math.log(0.5), requires_grad=True)
+    c = clamped_curvature(log_c, 0.5)
+    assert c.item() == pytest.approx(0.5, rel=1e-7)
+    c.backward()
+    assert log_c.grad.item() == pytest.approx(0.5, rel=1e-6)  # d exp(log c) / d log c = c inside the range
+    assert clamped_curvature(torch.tensor(10.0), 0.5).item() == pytest.approx(5.0, rel=1e-6)
+    assert clamped_curvature(torch.tensor(-10.0), 0.5, factor=4.0).item() == pytest.approx(0.125, rel=1e-6)
+    with pytest.raises(ValueError, match="c_init"):
+        clamped_curvature(torch.tensor(0.0), -1.0)

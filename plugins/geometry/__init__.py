@@ -6,5 +6,6 @@ internal precision with autocast disabled, results in the input dtype.
 """
 
 from . import lorentz, poincare
+from .curvature import clamped_curvature
 
-__all__ = ["lorentz", "poincare"]
+__all__ = ["clamped_curvature", "lorentz", "poincare"]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from ..geometry import lorentz
+from ..geometry import clamped_curvature, lorentz
 from ..hub.checkpoint import HeadOnlyMixin, load_reference_model
 from .configuration import HyperAlignConfig
 from .losses import entailment_loss, regression_loss
@@ -322,8 +322,7 @@ class HyperAlignModel(HeadOnlyMixin, PreTrainedModel):
 
     def curvature(self) -> torch.Tensor:
         """Curvature magnitude ``c`` (scalar), clamped MERU-style to ``[c0 / 10, 10 c0]``."""
-        c0 = self.config.curv_init
-        return self.log_curv.clamp(math.log(c0 / 10), math.log(c0 * 10)).exp()
+        return clamped_curvature(self.log_curv, self.config.curv_init)
 
     def head(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor,
              labels: Optional[torch.Tensor] = None) -> HyperAlignOutput:

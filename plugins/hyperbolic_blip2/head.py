@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..geometry import poincare
+from ..geometry import clamped_curvature, poincare
 from .configuration import HyperbolicBlip2Config
 
 
@@ -72,10 +72,7 @@ class HyperbolicITCHead(nn.Module):
         """Curvature magnitude c (0-dim float32 tensor), clamped MERU-style to ``[c0/f, c0*f]`` when learnable."""
         log_c = self.log_curvature.float()
         if self.config.learn_curvature:
-            # MERU clamps log(c) to [log(c0/10), log(c0*10)] so a learnable curvature cannot run away.
-            f = math.log(self.config.curvature_clamp_factor)
-            c0 = math.log(self.config.curvature)
-            log_c = log_c.clamp(c0 - f, c0 + f)
+            return clamped_curvature(log_c, self.config.curvature, self.config.curvature_clamp_factor)
         return log_c.exp()
 
     def scale(self, modality: str) -> torch.Tensor:
