@@ -11,8 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ..data import CLIP_MEAN, CLIP_STD
 
 
 def extract_relation_inputs(extractor, images: Sequence, boxes: Sequence, labels: Sequence,

@@ -17,12 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .shapes import ShapesWorld, images_to_tensor
+from .shapes import CLIP_MEAN, CLIP_STD, ShapesWorld, images_to_tensor
 
 # Bump when the recipe below changes so stale caches are not reused.
 _RECIPE_VERSION = 1
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def cache_dir() -> Path:

@@ -269,6 +269,11 @@ class ShapesWorld:
         return {"image": image, "prompt": prompt, "prompt_id": prompt_id, "score": k / 5.0, "k": k, "n": 5}
 
 
+# OpenAI CLIP's image normalisation (what its processors and open_clip use); pass to images_to_tensor for CLIP towers.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 def images_to_tensor(images: Sequence[Image.Image], mean: Sequence[float] = (0.5, 0.5, 0.5),
                      std: Sequence[float] = (0.5, 0.5, 0.5)):
     """Stack PIL images into a normalised float32 tensor ``(batch, 3, H, W)``."""

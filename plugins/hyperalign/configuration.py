@@ -7,11 +7,10 @@ from typing import Optional, Sequence
 
 from transformers import PreTrainedConfig
 
+from ..data import CLIP_MEAN, CLIP_STD  # CLIP's image normalisation, shared with the tiny-CLIP fixture
+
 BACKBONES = ("transformers", "open_clip")
 ENTAIL_MODES = ("score_weighted", "scaled_aperture", "meru")
-# CLIP's image normalisation (OpenAI); also used by the shapes-world pretrained tiny CLIP.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class HyperAlignConfig(PreTrainedConfig):

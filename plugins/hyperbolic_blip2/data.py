@@ -15,6 +15,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ..data import CLIP_MEAN, CLIP_STD
+
 
 def content_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  special_token_ids: Optional[Sequence[int]] = None) -> torch.Tensor:
@@ -189,8 +191,8 @@ class HyperbolicBlip2Collator:
 
     tokenizer: Any
     image_size: int = 224
-    mean: Sequence[float] = (0.48145466, 0.4578275, 0.40821073)
-    std: Sequence[float] = (0.26862954, 0.26130258, 0.27577711)
+    mean: Sequence[float] = CLIP_MEAN
+    std: Sequence[float] = CLIP_STD
     max_length: int = 32
     rtp_max_span: int = 0
     return_loss: bool = True
