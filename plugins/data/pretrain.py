@@ -80,6 +80,11 @@ def pretrained_tiny_clip(seed: int = 0, steps: int = 400, batch_size: int = 64, 
         tok = clip_tokenizer()
         enc = tok(captions, padding="max_length", max_length=16, truncation=True, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]
+        # Captions repeat across scenes (few attribute combinations): every pair with the same caption is a
+        # positive, otherwise identical captions would be pushed apart as false negatives. Caption ids are computed
+        # once so each step compares integers instead of strings.
+        caption_id = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        cap = torch.tensor([caption_id[c] for c in captions])
         gen = torch.Generator().manual_seed(seed)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
@@ -87,10 +92,7 @@ def pretrained_tiny_clip(seed: int = 0, steps: int = 400, batch_size: int = 64, 
         for _ in range(steps):
             idx = torch.randperm(num_scenes, generator=gen)[:batch_size]
             out = model(input_ids=ids[idx], attention_mask=mask[idx], pixel_values=pixels[idx])
-            # Captions repeat across scenes (few attribute combinations): treat every pair with the same caption
-            # as a positive, otherwise identical captions would be pushed apart as false negatives.
-            same = torch.tensor([[captions[i] == captions[j] for j in idx.tolist()] for i in idx.tolist()],
-                                dtype=torch.float32)
+            same = (cap[idx][:, None] == cap[idx][None, :]).to(torch.float32)
             target = same / same.sum(-1, keepdim=True)
             logits = out.logits_per_image
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target.t())) / 2
