@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .shapes import CLIP_MEAN, CLIP_STD, ShapesWorld, images_to_tensor
 
 # Bump when the recipe below changes so stale caches are not reused.
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2  # 2: training pinned to one intra-op thread
 
 
 def cache_dir() -> Path:
@@ -85,21 +85,28 @@ def pretrained_tiny_clip(seed: int = 0, steps: int = 400, batch_size: int = 64, 
         # once so each step compares integers instead of strings.
         caption_id = {c: i for i, c in enumerate(dict.fromkeys(captions))}
         cap = torch.tensor([caption_id[c] for c in captions])
-        gen = torch.Generator().manual_seed(seed)
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        for _ in range(steps):
-            idx = torch.randperm(num_scenes, generator=gen)[:batch_size]
-            out = model(input_ids=ids[idx], attention_mask=mask[idx], pixel_values=pixels[idx])
-            same = (cap[idx][:, None] == cap[idx][None, :]).to(torch.float32)
-            target = same / same.sum(-1, keepdim=True)
-            logits = out.logits_per_image
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target.t())) / 2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        # Train on one intra-op thread: the reduction order (and so the last bits of the weights) depends on the
+        # thread count, and the cache key must describe the weights completely.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            gen = torch.Generator().manual_seed(seed)
+            model.train()
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+            for _ in range(steps):
+                idx = torch.randperm(num_scenes, generator=gen)[:batch_size]
+                out = model(input_ids=ids[idx], attention_mask=mask[idx], pixel_values=pixels[idx])
+                same = (cap[idx][:, None] == cap[idx][None, :]).to(torch.float32)
+                target = same / same.sum(-1, keepdim=True)
+                logits = out.logits_per_image
+                loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target.t())) / 2
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+        finally:
+            torch.set_num_threads(threads)
         model.eval()
         if use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
